@@ -1,0 +1,3 @@
+"""
+bartos: the barto server.
+"""

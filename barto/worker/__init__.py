@@ -1,0 +1,3 @@
+"""
+bartoc: the barto worker.
+"""
