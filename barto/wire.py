@@ -385,7 +385,7 @@ def decode(
 
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
         raise WireError(f"not JSON: {error}") from None
 
     if not isinstance(body, dict):

@@ -9,11 +9,15 @@ passes without having run them.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+# Lets tests import the helpers in tests/support as "support".
+sys.path.insert(0, os.path.dirname(__file__))
 
 MARIADB_HOST = os.environ.get("BARTO_TEST_MARIADB_HOST", "127.0.0.1")
 MARIADB_PORT = int(os.environ.get("BARTO_TEST_MARIADB_PORT", "3306"))
@@ -64,9 +68,7 @@ def mariadb() -> Iterator[MariaDB]:
     cursor = admin.cursor()
     cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     try:
-        yield MariaDB(
-            MARIADB_HOST, MARIADB_PORT, MARIADB_USER, MARIADB_PASSWORD, name
-        )
+        yield MariaDB(MARIADB_HOST, MARIADB_PORT, MARIADB_USER, MARIADB_PASSWORD, name)
     finally:
         cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
         cursor.close()
