@@ -12,6 +12,7 @@ C{docs/protocol.md}.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import types
@@ -400,11 +401,19 @@ def decode(
     return message
 
 
+@functools.cache
+def _type_hints(cls: type[object]) -> dict[str, Any]:
+    """
+    The resolved field types of a message class, computed once per class.
+    """
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type[Any], body: Mapping[str, Any], where: str) -> Any:
     """
     Build dataclass C{cls} from C{body}, checking every field.
     """
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     known = {spec.name for spec in fields(cls)}
     extra = set(body) - known
     if extra:

@@ -89,8 +89,8 @@ class Program:
         """
         command = [
             sys.executable,
-            "-m",
-            "twisted",
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
             "--nodaemon",
             f"--pidfile={self.directory / (self.name + '.pid')}",
             self.name,
