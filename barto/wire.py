@@ -12,7 +12,6 @@ C{docs/protocol.md}.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import types
@@ -401,12 +400,17 @@ def decode(
     return message
 
 
-@functools.cache
-def _type_hints(cls: type[object]) -> dict[str, Any]:
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
     """
     The resolved field types of a message class, computed once per class.
     """
-    return typing.get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _build(cls: type[Any], body: Mapping[str, Any], where: str) -> Any:
