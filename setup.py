@@ -30,6 +30,7 @@ setup(
     packages=[
         "barto",
         "barto.cli",
+        "barto.cli.commands",
         "barto.etc",
         "barto.server",
         "barto.worker",

@@ -556,6 +556,8 @@ def _thd_query_sqlite(
     """
     L{thd_query} on SQLite.
     """
+    # FIXME: the store's SQLite pool has one connection, so writes wait
+    # while a query runs (up to its time limit).
     deadline = time.monotonic() + seconds
 
     def too_late() -> int:
@@ -588,6 +590,8 @@ def _thd_query_mariadb(
     """
     L{thd_query} on MariaDB.
     """
+    # FIXME: the query may read all that the server's database user may,
+    # other schemas too; a read-only account of its own would not.
     cursor = connection.cursor()
     try:
         cursor.execute(
@@ -1019,6 +1023,8 @@ async def cmd(ctx: CliContext, params: Mapping[str, Any]) -> dict[str, Any]:
     )
     if not found:
         raise NotFound(f"no schedule {schedule!r} on any worker")
+    # FIXME: lines are capped per run, not per answer; a schedule on
+    # thousands of workers makes a large answer.
     listed = [{"worker": each, "runs": runs} for each, runs in found.items()]
     return {"schedule": schedule, "workers": listed}
 
@@ -1297,6 +1303,8 @@ async def watch(ctx: CliContext, params: Mapping[str, Any]) -> dict[str, Any]:
             event.get("schedule"),
         )
 
+    # FIXME: events for a CLI that reads slowly pile up in its transport;
+    # a bound with a "dropped N events" notice would cap the memory.
     unsubscribe = ctx.events.subscribe(wanted, ctx.send_event)
     try:
         watching = {"worker": worker, "schedule": schedule}
