@@ -5,8 +5,9 @@ C{makeService} checks the store first (migrating it to the newest schema
 and reading what a restart needs: the schedules' last slots and the runs
 not over yet) on a direct connection, before the reactor runs, so a store
 that cannot be opened stops the program with a clear message. It then
-returns a L{BartosService}: the store, the scheduler, the listeners and
-a farewell that closes worker connections when the server stops.
+returns a L{BartosService}: the store, the scheduler, the listeners, a
+farewell that closes worker connections when the server stops and, with
+C{[local_worker]}, a worker in this process (L{barto.server.local}).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ import barto.server.clicommands
 from barto import logs, wire
 from barto.config import ConfigError, ServerConfig, load_server_config
 from barto.server.cliapi import CliFactory, ServerState
+from barto.server.local import (
+    PRIVATE_HOST,
+    LocalWorker,
+    LocalWorkerError,
+    loopback_address,
+    open_spool,
+    worker_config,
+)
 from barto.server.runs import EventBus, RunLedger
 from barto.server.scheduler import Scheduler
 from barto.server.site import make_site
@@ -164,8 +173,8 @@ class Farewell(service.Service):
 class BartosService(service.MultiService):
     """
     The whole server. Stopping it stops the children in reverse order:
-    worker connections, listeners, scheduler, then the store (which
-    writes what it holds before closing its pool).
+    the local worker, worker connections, listeners, scheduler, then the
+    store (which writes what it holds before closing its pool).
 
     @ivar state: what CLI handlers see.
     """
@@ -236,12 +245,13 @@ class BartosService(service.MultiService):
         for warning in config.warnings:
             log.warn("config: {warning}", warning=warning)
         old = self.state.config
-        if (config.listen, config.mariadb, config.sqlite_path) != (
-            old.listen,
-            old.mariadb,
-            old.sqlite_path,
-        ):
-            log.warn("[listen] and store changes take effect on restart")
+        if (
+            config.listen,
+            config.mariadb,
+            config.sqlite_path,
+            config.local_worker,
+        ) != (old.listen, old.mariadb, old.sqlite_path, old.local_worker):
+            log.warn("[listen], store and worker changes need a restart")
         self.state.config = config
         self.gate.update(config)
         self.state.scheduler.reload(config.schedules)
@@ -321,10 +331,41 @@ def build_service(
         ).setServiceParent(top)
     Farewell(registry).setServiceParent(top)
     if config.local_worker is not None:
-        # FIXME: the in-process worker needs barto.worker to offer a
-        # service bartos can embed; until then [local_worker] is ignored.
-        log.warn("[local_worker] is not started by this version of bartos")
+        local_worker(config, reactor, gate, state).setServiceParent(top)
     return top
+
+
+def local_worker(
+    config: ServerConfig,
+    reactor: Any,
+    gate: Gate,
+    state: ServerState,
+) -> LocalWorker:
+    """
+    The worker of C{[local_worker]}, admitted by C{gate} with a token of
+    its own; through the plain listener, else a private one on loopback.
+
+    @raise LocalWorkerError: its spool cannot be opened.
+    """
+    local = config.local_worker
+    assert local is not None
+    address = loopback_address(config.listen)
+    private_site = None
+    if address is None:
+        gate = Gate(config, admitted_only=True)
+        private_site = make_site(
+            WorkerFactory(state.workers, gate, config),
+            CliFactory(state, gate),
+        )
+        address = (PRIVATE_HOST, 0)
+    token = gate.admit(local.name)
+    worker = worker_config(local, *address, token, config.source)
+    return LocalWorker(
+        worker,
+        reactor,
+        spool=open_spool(local),
+        private_site=private_site,
+    )
 
 
 def makeService(options: Options) -> service.IService:
@@ -373,5 +414,5 @@ def makeService(options: Options) -> service.IService:
             open_runs=rows,
             config_path=options["config-absolute-path"],
         )
-    except TLSConfigError as error:
+    except (TLSConfigError, LocalWorkerError) as error:
         fail(str(error), 2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import secrets
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -125,10 +126,25 @@ def authenticate(
 class Gate:
     """
     The credentials in force, checked on every upgrade request.
+
+    Besides the config's credentials, a gate admits the workers it was
+    told to L{admit} (a worker inside C{bartos}) with tokens it made
+    itself and holds only in memory.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
-        self._warned = False
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        admitted_only: bool = False,
+    ) -> None:
+        """
+        @param admitted_only: admit nothing but the L{admit}ted workers,
+            whatever the config says (a private listener's gate).
+        """
+        self._warned = admitted_only
+        self._admitted_only = admitted_only
+        self._admitted: dict[str, str] = {}
         self.update(config)
 
     def update(self, config: ServerConfig) -> None:
@@ -144,10 +160,31 @@ class Gate:
                 "no api_key or tokens configured: only loopback clients are accepted"
             )
 
+    def admit(self, name: str) -> str:
+        """
+        Make a random token that grants the role C{worker} under C{name}
+        and nothing else. It is kept in memory only (a reload keeps it)
+        and admitted whether or not the config has credentials.
+
+        @return: the token, for the worker's C{Authorization} header.
+        """
+        token = secrets.token_urlsafe(32)
+        self._admitted[name] = token
+        return token
+
     def check(self, header: str | None, peer: str) -> Identity | None:
         """
-        L{authenticate} with the credentials in force.
+        An L{admit}ted worker's identity, else L{authenticate} with the
+        credentials in force.
         """
+        given = bearer(header)
+        if given is not None:
+            offered = given.encode()
+            for name, token in self._admitted.items():
+                if hmac.compare_digest(offered, token.encode()):
+                    return Identity(name, frozenset({"worker"}))
+        if self._admitted_only:
+            return None
         return authenticate(
             header,
             peer,
@@ -177,11 +214,23 @@ def upgrade_identity(
     if role not in identity.roles and not (
         role == "cli-read" and "cli-admin" in identity.roles
     ):
+        log.warn(
+            "refused {peer}: credentials of {name} are not for role {role}",
+            peer=peer,
+            name=identity.name,
+            role=role,
+        )
         raise ConnectionDeny(403, f"credentials are not for role {role}")
 
     asked = request.params.get("name", [None])[0]
     if identity.name is not None:
         if asked is not None and asked != identity.name:
+            log.warn(
+                "refused {peer}: the token of {name} used as {asked!r}",
+                peer=peer,
+                name=identity.name,
+                asked=asked,
+            )
             raise ConnectionDeny(403, f"token is not for {asked!r}")
         return identity.name, identity
     if asked is None or not wire.is_valid_name(asked):
