@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 
 from barto import wire
 from barto.config import RunnerConfig
+from barto.worker.guard import GroupGuard
 from barto.worker.output import MAX_LINE_CAP, Emit, LineSplitter, RunOutput, timestamp
 
 log = Logger()
@@ -249,6 +250,7 @@ class Run:
         environ: Mapping[str, str],
         wrapper: Sequence[str],
         kill_group: KillGroup,
+        guard: GroupGuard | None = None,
     ) -> None:
         """
         @param reactor: spawns the processes; it must also provide
@@ -258,6 +260,8 @@ class Run:
         @param environ: the worker's environment.
         @param wrapper: the L{session_wrapper} command.
         @param kill_group: signals a process group, like C{os.killpg}.
+        @param guard: told each command's process group, to stop it if
+            the worker dies.
         """
         self.dispatch = dispatch
         self._reactor = reactor
@@ -267,6 +271,7 @@ class Run:
         self._env = command_environment(environ, settings.env, dispatch)
         self._wrapper = tuple(wrapper)
         self._kill_group = kill_group
+        self._guard = guard
         self._output = RunOutput(
             dispatch.run, self._clock, emit, settings.max_output_bytes
         )
@@ -425,6 +430,8 @@ class Run:
         """
         assert self._process is not None
         self._group = self._process.pid
+        if self._guard is not None and self._group is not None:
+            self._guard.watch(self._group)
         log.info(
             "run {run} of {schedule}: command started as pid {pid}",
             run=self.id,
@@ -436,6 +443,8 @@ class Run:
             self._signal(signal.SIGKILL)
             status = ExitStatus(status.code, status.signal, self._stop_reason)
 
+        if self._guard is not None and self._group is not None:
+            self._guard.release(self._group)
         self._process = None
         self._group = None
         if self._kill_call is not None and self._kill_call.active():
@@ -531,6 +540,7 @@ class Runner:
         environ: Mapping[str, str] | None = None,
         wrapper: Sequence[str] | None = None,
         kill_group: KillGroup = os.killpg,
+        guard: GroupGuard | None = None,
     ) -> None:
         """
         @param reactor: spawns the processes; it must also provide
@@ -542,6 +552,8 @@ class Runner:
         @param wrapper: the command that starts the shell in a new
             session; L{session_wrapper} when C{None}.
         @param kill_group: signals a process group, like C{os.killpg}.
+        @param guard: stops the commands' process groups if the worker
+            dies (see L{barto.worker.guard}).
         """
         self.settings = settings
         self._reactor = reactor
@@ -550,6 +562,7 @@ class Runner:
         self._environ = os.environ if environ is None else environ
         self._wrapper = session_wrapper() if wrapper is None else tuple(wrapper)
         self._kill_group = kill_group
+        self._guard = guard
         self._runs: dict[str, Run] = {}
         self._ended: dict[str, Deferred[wire.Finished]] = {}
         self._closing = False
@@ -597,6 +610,7 @@ class Runner:
             environ=self._environ,
             wrapper=self._wrapper,
             kill_group=self._kill_group,
+            guard=self._guard,
         )
         self._runs[run.id] = run
         log.info(

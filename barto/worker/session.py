@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from barto import __version__, wire
 from barto.config import RunnerConfig
+from barto.worker.guard import GroupGuard
 from barto.worker.output import timestamp
 from barto.worker.runner import KillGroup, Runner
 from barto.worker.spool import Spool
@@ -61,6 +62,7 @@ class WorkerSession:
         version: str = __version__,
         environ: Mapping[str, str] | None = None,
         kill_group: KillGroup = os.killpg,
+        guard: GroupGuard | None = None,
     ) -> None:
         """
         @param name: the worker's name, sent in C{hello}.
@@ -75,6 +77,8 @@ class WorkerSession:
         @param environ: the environment commands start from (less its
             secrets); C{os.environ} when C{None}.
         @param kill_group: signals a process group, like C{os.killpg}.
+        @param guard: stops the commands' process groups if the worker
+            dies.
         """
         self.name = name
         self.spool = spool
@@ -88,6 +92,7 @@ class WorkerSession:
             self.record,
             environ=environ,
             kill_group=kill_group,
+            guard=guard,
         )
         self._send: Send | None = None
         self._on_welcome: OnWelcome | None = None
@@ -123,8 +128,8 @@ class WorkerSession:
                 run=run,
                 schedule=schedule,
             )
-            # FIXME: the cut-off run's process group may still be running;
-            # nothing records its pgid to kill it after a restart.
+            # Its processes were stopped by the GroupGuard when the
+            # worker died (bartoc starts one).
             self.record(
                 [
                     wire.Finished(

@@ -38,6 +38,7 @@ from barto.worker.client import (
     worker_url,
 )
 from barto.worker.facts import host_facts
+from barto.worker.guard import GroupGuard
 from barto.worker.session import WorkerSession
 from barto.worker.spool import Spool
 
@@ -156,6 +157,7 @@ class WorkerService(Service):
         spool: Spool,
         on_exit: Callable[[int], None],
         environ: Mapping[str, str] | None = None,
+        guard: GroupGuard | None = None,
     ) -> None:
         """
         @param config: the worker's configuration.
@@ -164,9 +166,12 @@ class WorkerService(Service):
         @param on_exit: called with an exit status when the worker must
             end the process (it gave up connecting).
         @param environ: the environment commands start from.
+        @param guard: stops the commands if the worker dies; started and
+            closed with the service.
         """
         self.spool = spool
         self._on_exit = on_exit
+        self.guard = guard
         self.session = WorkerSession(
             name=config.name,
             reactor=reactor,
@@ -175,6 +180,7 @@ class WorkerService(Service):
             host=host_facts(),
             missed_tick=config.missed_tick,
             environ=environ,
+            guard=guard,
         )
         self.client = WorkerClient(
             reactor=reactor,
@@ -192,6 +198,8 @@ class WorkerService(Service):
         Close runs a previous process left, then connect.
         """
         super().startService()
+        if self.guard is not None:
+            self.guard.start()
         self.session.start()
         self.client.startService()
 
@@ -208,6 +216,8 @@ class WorkerService(Service):
         The steps of L{stopService}, in order.
         """
         await self.session.stop()
+        if self.guard is not None:
+            self.guard.close()
         if self.client.running:
             await self.client.stopService()
         self.spool.close()
@@ -268,7 +278,13 @@ def makeService(options: Options) -> IService:
         reactor.stop()
 
     try:
-        service = WorkerService(config, reactor, spool=spool, on_exit=end_process)
+        service = WorkerService(
+            config,
+            reactor,
+            spool=spool,
+            on_exit=end_process,
+            guard=GroupGuard(config.runner.kill_grace),
+        )
     except TLSConfigError as error:
         spool.close()
         _fail(str(error), 2)
