@@ -42,6 +42,7 @@ from barto.config import (
     Secret,
     WorkerConfig,
 )
+from barto.worker.guard import GroupGuard
 from barto.worker.spool import Spool
 from barto.worker.tap import WorkerService
 
@@ -172,14 +173,13 @@ class LocalWorker(service.Service):
             )
             bound: Any = self.port.getHost()
             config = _with_port(config, bound.port)
-        # FIXME: no GroupGuard (barto.worker.guard, in progress): commands
-        # of a SIGKILLed bartos keep running, as bartoc's did before it.
         self.worker = WorkerService(
             config,
             self.reactor,
             spool=self.spool,
             on_exit=_gave_up,
             environ=self.environ,
+            guard=GroupGuard(config.runner.kill_grace),
         )
         log.info(
             "local worker {worker} starting, connecting to {url}",

@@ -244,6 +244,69 @@ async def test_writes_batched(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_batch_results_as_one_by_one(store: Store) -> None:
+    """
+    Writes queued together (new runs, records, resends, a foreign record)
+    get the results they would get one by one, and awkward lines come back
+    as they went in.
+    """
+    awkward = ("back\\slash", "it's", 'say "hi"', "nul\0", "cr\r", "sub\x1a", "ü 😀")
+    runs = [new_run(SLOT + n) for n in range(3)]
+    writes: list[tuple[Any, ...]] = []
+    for run in runs:
+        writes.append((thdAddRun, run))
+        writes.append(
+            (thdStoreRecord, "w1", wire.Started(rec=1, run=run.id, cmd=0, at=at()))
+        )
+        output = wire.Output(rec=2, run=run.id, seq=0, cmd=0, at=at(), lines=awkward)
+        writes.append((thdStoreRecord, "w1", output))
+        writes.append((thdStoreRecord, "w1", output))
+        writes.append((thdStoreRecord, "w2", output))
+        writes.append(
+            (
+                thdStoreRecord,
+                "w1",
+                wire.Output(rec=3, run=run.id, seq=1, cmd=0, at=at(), lines=("x\ny",)),
+            )
+        )
+        writes.append(
+            (
+                thdStoreRecord,
+                "w1",
+                wire.Finished(rec=4, run=run.id, at=at(SLOT + 5), state="succeeded"),
+            )
+        )
+    writes.append((thdAddRun, runs[0]))
+
+    results = [await item for item in [store.write(*write) for write in writes]]
+
+    statuses = [
+        result
+        if isinstance(result, bool)
+        else (result.status, result.state, result.lines)
+        for result in results
+    ]
+    one_run = [
+        True,
+        ("stored", "running", 0),
+        ("stored", None, len(awkward)),
+        ("duplicate", None, 0),
+        ("unknown", None, 0),
+        ("stored", None, 1),
+        ("stored", "succeeded", 0),
+    ]
+    assert statuses == one_run * 3 + [False]
+    assert results[2].slot == SLOT and results[2].schedule == "job"
+    for run in runs:
+        stored = await store.get_run(run.id)
+        assert stored is not None
+        assert stored["state"] == "succeeded"
+        assert stored["output_lines"] == len(awkward) + 1
+        assert [o["data"] for o in stored["output"]] == [*awkward, "x\ny"]
+    assert await store.run_interaction(thdMarks) == {("w1", "job"): SLOT + 2}
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_write_fails_alone(store: Store) -> None:
     """A write the database refuses fails by itself; its batch commits."""
     good = store.write(thdAddRun, new_run())
