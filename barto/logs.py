@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from twisted.logger import (
     FileLogObserver,
@@ -30,6 +30,7 @@ from twisted.logger import (
     eventAsText,
     globalLogBeginner,
 )
+from twisted.python import usage
 from zope.interface import implementer
 
 from barto.config import (
@@ -262,6 +263,72 @@ def install(observer: ILogObserver) -> None:
 
 
 _twistd: list[ILogObserver] = []
+
+
+class ProgramOptions(usage.Options):
+    """
+    The flags C{twistd bartos} and C{twistd bartoc} share with the
+    original programs: C{-v}/C{-q} (repeatable), C{-e}, C{-c}, C{-t}.
+
+    Subclasses add their own flags and load their config in
+    C{postOptions}, calling L{fail} on a L{ConfigError}.
+
+    @cvar program: the program's name, for error messages.
+    """
+
+    program = "barto"
+
+    optFlags: list[list[str | None]] = [
+        ["enable-std-output", "e", "Also log to standard output."]
+    ]
+    optParameters: list[list[str | None]] = [
+        [
+            "config-absolute-path",
+            "c",
+            None,
+            "The config file [default: $XDG_CONFIG_HOME/<program>/<program>.toml].",
+        ],
+        ["tracing-absolute-path", "t", None, "Append the log to this file."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["verbose"] = 0
+        self["quiet"] = 0
+
+    def opt_verbose(self) -> None:
+        """
+        Log more (repeatable).
+        """
+        self["verbose"] += 1
+
+    opt_v = opt_verbose
+
+    def opt_quiet(self) -> None:
+        """
+        Log less (repeatable).
+        """
+        self["quiet"] += 1
+
+    opt_q = opt_quiet
+
+    def fail(self, message: str, status: int) -> NoReturn:
+        """
+        L{exit_with} this program's name.
+        """
+        exit_with(self.program, message, status)
+
+
+def exit_with(program: str, message: str, status: int) -> NoReturn:
+    """
+    Print C{program: message} on standard error and exit with C{status}.
+
+    Programs use it for configuration errors (status 2) rather than a
+    C{UsageError}, which twistd turns into status 1 and the usage text.
+    """
+    sys.stderr.write(f"{program}: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
 
 
 def claim_twistd_logging(options: Options) -> None:

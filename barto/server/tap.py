@@ -16,13 +16,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python import usage
 
 import barto
 import barto.server.clicommands
@@ -58,55 +57,22 @@ FAREWELL_TIMEOUT = 3.0
 """Seconds a stopping server waits for worker connections to close."""
 
 
-def fail(message: str, status: int) -> NoReturn:
-    """
-    Print C{bartos: message} on standard error and exit with C{status}.
-    """
-    sys.stderr.write(f"bartos: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(status)
-
-
-class Options(usage.Options):
+class Options(logs.ProgramOptions):
     """
     The command line of C{twistd bartos}.
     """
 
+    program = "bartos"
     synopsis = "[options]"
     longdesc = (
         "The barto server: fires every schedule's runs at their time, sends"
         " them to the workers and stores what comes back."
     )
-    optFlags = [
-        ["enable-std-output", "e", "Log to standard output."],
-        ["migrate", None, "Apply the store schema and exit."],
-    ]
-    optParameters = [
-        ["config-absolute-path", "c", None, "The config file to read."],
-        ["tracing-absolute-path", "t", None, "Append the log to this file."],
-    ]
+    optFlags = [["migrate", None, "Apply the store schema and exit."]]
 
     def __init__(self) -> None:
         super().__init__()
-        self["verbose"] = 0
-        self["quiet"] = 0
         self["config"] = None
-
-    def opt_verbose(self) -> None:
-        """
-        Log more (repeatable).
-        """
-        self["verbose"] += 1
-
-    opt_v = opt_verbose
-
-    def opt_quiet(self) -> None:
-        """
-        Log less (repeatable).
-        """
-        self["quiet"] += 1
-
-    opt_q = opt_quiet
 
     def postOptions(self) -> None:
         """
@@ -115,7 +81,7 @@ class Options(usage.Options):
         try:
             self["config"] = load_server_config(self["config-absolute-path"])
         except ConfigError as error:
-            fail(str(error), error.exit_code)
+            self.fail(str(error), error.exit_code)
         logs.claim_twistd_logging(self)
 
 
@@ -384,7 +350,7 @@ def makeService(options: Options) -> service.IService:
             path=options["tracing-absolute-path"],
         )
     except ConfigError as error:
-        fail(str(error), error.exit_code)
+        logs.exit_with("bartos", str(error), error.exit_code)
     logs.set_twistd_observer(observer)
     for warning in config.warnings:
         log.warn("config: {warning}", warning=warning)
@@ -393,7 +359,7 @@ def makeService(options: Options) -> service.IService:
     try:
         marks, rows, applied = prepare_store(config, clock.seconds())
     except StoreStartError as error:
-        fail(str(error), 1)
+        logs.exit_with("bartos", str(error), 1)
 
     if options["migrate"]:
         versions = ", ".join(str(version) for version in applied) or "none"
@@ -415,4 +381,4 @@ def makeService(options: Options) -> service.IService:
             config_path=options["config-absolute-path"],
         )
     except (TLSConfigError, LocalWorkerError) as error:
-        fail(str(error), 2)
+        logs.exit_with("bartos", str(error), 2)

@@ -26,7 +26,6 @@ from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
-from twisted.python import usage
 
 from barto import __version__, logs
 from barto.config import ConfigError, WorkerConfig, load_worker_config
@@ -48,7 +47,7 @@ log = Logger()
 EXIT_GAVE_UP = 1
 
 
-class Options(usage.Options):
+class Options(logs.ProgramOptions):
     """
     The options of C{twistd bartoc}.
 
@@ -61,17 +60,8 @@ class Options(usage.Options):
         " output and exit status back."
     )
 
-    optFlags = [
-        ["enable-std-output", "e", "Log to standard output."],
-    ]
+    program = "bartoc"
     optParameters = [
-        [
-            "config-absolute-path",
-            "c",
-            None,
-            "The config file [default: $XDG_CONFIG_HOME/bartoc/bartoc.toml].",
-        ],
-        ["tracing-absolute-path", "t", None, "Log to this file (appended)."],
         [
             "redb-absolute-path",
             "r",
@@ -81,27 +71,6 @@ class Options(usage.Options):
     ]
 
     config: WorkerConfig
-
-    def __init__(self) -> None:
-        super().__init__()
-        self["verbose"] = 0
-        self["quiet"] = 0
-
-    def opt_verbose(self) -> None:
-        """
-        Log more (repeatable).
-        """
-        self["verbose"] += 1
-
-    opt_v = opt_verbose
-
-    def opt_quiet(self) -> None:
-        """
-        Log less (repeatable).
-        """
-        self["quiet"] += 1
-
-    opt_q = opt_quiet
 
     def postOptions(self) -> None:
         """
@@ -113,16 +82,8 @@ class Options(usage.Options):
                 overrides={"spool_path": self["redb-absolute-path"]},
             )
         except ConfigError as error:
-            _fail(str(error), error.exit_code)
+            self.fail(str(error), error.exit_code)
         logs.claim_twistd_logging(self)
-
-
-def _fail(message: str, status: int) -> None:
-    """
-    One line on standard error, then exit with C{status}.
-    """
-    sys.stderr.write(f"bartoc: {message}\n")
-    raise SystemExit(status)
 
 
 def _exit_at_interpreter_end(status: int) -> None:
@@ -263,7 +224,7 @@ def makeService(options: Options) -> IService:
             )
         )
     except ConfigError as error:
-        _fail(str(error), error.exit_code)
+        logs.exit_with("bartoc", str(error), error.exit_code)
     for warning in config.warnings:
         log.warn("{warning}", warning=warning)
 
@@ -271,7 +232,7 @@ def makeService(options: Options) -> IService:
     try:
         spool = Spool(path, max_bytes=config.spool_max_bytes)
     except (OSError, sqlite3.Error) as error:
-        _fail(f"cannot open the spool {str(path)!r}: {error}", 2)
+        logs.exit_with("bartoc", f"cannot open the spool {str(path)!r}: {error}", 2)
 
     def end_process(status: int) -> None:
         _exit_at_interpreter_end(status)
@@ -287,7 +248,7 @@ def makeService(options: Options) -> IService:
         )
     except TLSConfigError as error:
         spool.close()
-        _fail(str(error), 2)
+        logs.exit_with("bartoc", str(error), 2)
 
     _ignore_sighup(reactor)
     log.info(
