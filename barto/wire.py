@@ -46,6 +46,20 @@ MAX_ITEMS = 10_000
 
 RUN_NAMESPACE = uuid.UUID("5d1b4f3e-7c2a-4e8b-9a61-0b7d2f4c8e15")
 
+RUN_STATES = (
+    "pending",
+    "dispatched",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "lost",
+    "missed",
+    "skipped",
+)
+"""Every state a run can be in, from due to final (docs/architecture.md)."""
+
 Stream = Literal["stdout", "stderr"]
 MissedTick = Literal["Burst", "Delay", "Skip"]
 RunState = Literal[

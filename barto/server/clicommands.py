@@ -36,19 +36,7 @@ from barto.server.cliapi import (
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-RUN_STATES = (
-    "pending",
-    "dispatched",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "lost",
-    "missed",
-    "skipped",
-)
-"""Every state a run can be in (C{docs/architecture.md})."""
+RUN_STATES = wire.RUN_STATES
 
 FAILED_STATES = ("failed", "timed_out", "lost")
 """The states C{failed} lists."""

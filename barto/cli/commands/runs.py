@@ -7,24 +7,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from barto import wire
 from barto.cli import options, views
 
 if TYPE_CHECKING:
     from barto.cli.client import Session
     from barto.cli.remote import Output
 
-STATES = (
-    "pending",
-    "dispatched",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "lost",
-    "missed",
-    "skipped",
-)
+STATES = wire.RUN_STATES
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
