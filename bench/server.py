@@ -403,13 +403,13 @@ def worker_process(args: argparse.Namespace) -> None:
         )
         factory.protocol = Worker
         factory.name = name
-        reactor.connectTCP("127.0.0.1", args.port, factory)  # type: ignore[attr-defined]
+        reactor.connectTCP("127.0.0.1", args.port, factory)
 
     def finish() -> None:
         Path(args.out).write_text(json.dumps(stats))
         reactor.stop()  # type: ignore[attr-defined]
 
-    reactor.callLater(max(0.0, args.end - now()) + 5, finish)  # type: ignore[attr-defined]
+    reactor.callLater(max(0.0, args.end - now()) + 5, finish)
     reactor.run()  # type: ignore[attr-defined]
 
 

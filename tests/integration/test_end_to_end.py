@@ -149,7 +149,7 @@ def test_original_examples_load_and_run(
     )
     programs += [server, worker]
     server.start()
-    wait(lambda: port_open(secure) or server.process.poll() is not None, "bartos")  # type: ignore[union-attr]
+    wait(lambda: port_open(secure) or server.process.poll() is not None, "bartos")
     assert port_open(secure) and port_open(plain), server.output()
     worker.start()
     wait(lambda: "welcomed by bartos" in worker.output(), "bartoc to connect")

@@ -78,7 +78,7 @@ def test_bartos_killed_repeatedly_loses_and_doubles_nothing(
     for kill in range(1, 5):
         floor = stored + 10
         wait(
-            lambda floor=floor: len(site.store.lines(run)) >= floor,  # type: ignore[misc]
+            lambda floor=floor: len(site.store.lines(run)) >= floor,
             f"{floor} lines stored",
         )
         if kill == 4:

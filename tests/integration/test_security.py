@@ -94,7 +94,7 @@ def test_tls_with_pinned_ca_and_client_certificates(
     worker = bartoc(worker_dir, worker_dir / "bartoc.toml")
     programs += [server, worker]
     server.start()
-    wait(lambda: port_open(secure) or server.process.poll() is not None, "bartos")  # type: ignore[union-attr]
+    wait(lambda: port_open(secure) or server.process.poll() is not None, "bartos")
     worker.start()
     wait(lambda: "welcomed by bartos" in worker.output(), "bartoc over wss")
 
@@ -163,7 +163,7 @@ def test_tokens_and_roles(tmp_path: Path, programs: list[Program]) -> None:
     server = bartos(tmp_path / "bartos", tmp_path / "bartos.toml")
     programs += [server, *workers.values()]
     server.start()
-    wait(lambda: port_open(port) or server.process.poll() is not None, "bartos")  # type: ignore[union-attr]
+    wait(lambda: port_open(port) or server.process.poll() is not None, "bartos")
     for worker in workers.values():
         worker.start()
     wait(lambda: "welcomed by bartos" in workers["w1"].output(), "w1 to connect")

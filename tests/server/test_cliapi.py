@@ -266,7 +266,7 @@ def test_registry_refuses_twice(isolated_handlers: Any) -> None:
     with pytest.raises(ValueError):
         handler("info")(lambda ctx, params: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError):
-        handler("bad name")(lambda ctx, params: None)  # type: ignore[arg-type,return-value]
+        handler("bad name")(lambda ctx, params: None)
 
 
 def test_get_param() -> None:

@@ -59,7 +59,7 @@ def make(
     clock: Clock, items: Any, marks: Any = None
 ) -> tuple[Scheduler, RecordingLedger]:
     recorder = RecordingLedger()
-    scheduler = Scheduler(recorder, items, clock=clock, marks=marks)  # type: ignore[arg-type]
+    scheduler = Scheduler(recorder, items, clock=clock, marks=marks)
     return scheduler, recorder
 
 

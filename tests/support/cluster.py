@@ -476,7 +476,7 @@ class Deployment:
         """
         self.server.start()
         wait(
-            lambda: port_open(self.port) or self.server.process.poll() is not None,  # type: ignore[union-attr]
+            lambda: port_open(self.port) or self.server.process.poll() is not None,
             "bartos to listen",
         )
         assert self.server.process is not None
