@@ -307,6 +307,23 @@ async def test_batch_results_as_one_by_one(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_unencodable_output_fails_alone(store: Store) -> None:
+    """A line that cannot be encoded fails its write only, not the queue."""
+    run = new_run()
+    added = store.write(thdAddRun, run)
+    bad = wire.Output(rec=1, run=run.id, seq=0, cmd=0, at=at(), lines=("\ud800",))
+    refused = store.write(thdStoreRecord, "w1", bad)
+    good = wire.Output(rec=2, run=run.id, seq=1, cmd=0, at=at(), lines=("ok",))
+    later = store.write(thdStoreRecord, "w1", good)
+
+    assert await added is True
+    with pytest.raises(UnicodeError):
+        await refused
+    assert (await later).status == "stored"
+    assert store.available
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_write_fails_alone(store: Store) -> None:
     """A write the database refuses fails by itself; its batch commits."""
     good = store.write(thdAddRun, new_run())
