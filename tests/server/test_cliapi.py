@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from server_fakes import START, SyncStore
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -297,3 +299,48 @@ def test_unserialisable_result_is_internal(
     assert client.frames == [
         {"type": "error", "id": 4, "code": "internal", "message": "bad result"}
     ]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    frame=st.one_of(
+        st.binary(max_size=200),
+        JSON.map(lambda value: json.dumps(value).encode()),
+        st.fixed_dictionaries(
+            {"type": st.just("request")},
+            optional={
+                "id": st.integers() | st.text(max_size=5),
+                "method": st.sampled_from(
+                    ["info", "runs", "show", "query", "nope", ""]
+                ),
+                "params": st.dictionaries(st.text(max_size=8), JSON, max_size=3),
+            },
+        ).map(lambda value: json.dumps(value).encode()),
+    ),
+    binary=st.booleans(),
+)
+def test_arbitrary_frames_get_an_answer(
+    state: ServerState, frame: bytes, binary: bool
+) -> None:
+    """Any frame gets a response, an error or a close, never silence."""
+    client = Client(state)
+
+    client.session.received(frame, binary)
+
+    assert client.closed is not None or len(client.frames) >= 1
+    for sent in client.frames:
+        assert sent["type"] in ("response", "error", "event")
