@@ -9,13 +9,15 @@ Two phases, each with a fresh bartos and bartoc on loopback:
 2. 1,000 schedules of C{true} due at the same second: runs/s from the
    slot to the last run stored, and bartoc's peak RSS.
 
-Usage: C{python bench/worker.py}. MariaDB is reached as the tests reach
-it (C{BARTO_TEST_MARIADB_HOST}, C{_PORT}, C{_USER}, C{_PASSWORD}; root on
-127.0.0.1:3306 by default); a throwaway database is created and dropped.
+Usage: C{python bench/worker.py [--only big|short]}. MariaDB is reached
+as the tests reach it (C{BARTO_TEST_MARIADB_HOST}, C{_PORT}, C{_USER},
+C{_PASSWORD}; root on 127.0.0.1:3306 by default); a throwaway database
+is created and dropped.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -280,19 +282,25 @@ def short_runs(root: Path, database: str) -> None:
 
 def main() -> None:
     """
-    Run both phases on a throwaway database.
+    Run both phases (or the one C{--only} names) on a throwaway database.
     """
+    parser = argparse.ArgumentParser(description="Benchmark bartoc.")
+    parser.add_argument("--only", choices=("big", "short"), help="run one phase")
+    only = parser.parse_args().only
     database = f"barto_bench_{uuid.uuid4().hex[:12]}"
     admin = connect()
     admin.cursor().execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
     try:
         with tempfile.TemporaryDirectory(prefix="barto-bench-") as root:
-            big_output(Path(root), database)
-            admin.cursor().execute(f"DROP DATABASE `{database}`")
-            admin.cursor().execute(
-                f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4"
-            )
-            short_runs(Path(root), database)
+            if only in (None, "big"):
+                big_output(Path(root), database)
+            if only is None:
+                admin.cursor().execute(f"DROP DATABASE `{database}`")
+                admin.cursor().execute(
+                    f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4"
+                )
+            if only in (None, "short"):
+                short_runs(Path(root), database)
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
         admin.close()

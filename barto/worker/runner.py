@@ -12,6 +12,15 @@ group's id: util-linux's C{setsid} program when it is installed (it costs
 about 2 ms), else the Python interpreter running L{SETSID_SNIPPET} (about
 15 ms).
 
+At most L{MAX_CONCURRENT_RUNS} runs execute at once; the runs dispatched
+beyond that wait in a queue, in the order they came, and start as slots
+free up. A queued run counts as going on (it is in L{Runner.running},
+so the server does not declare it lost), its timeout counts from when
+it starts executing, a cancel ends it C{cancelled} at once without
+running anything, and a shutdown ends every queued run C{cancelled}
+(reason L{NOT_STARTED_AT_SHUTDOWN}) at once, so every run dispatched
+gets its C{finished} record.
+
 Everything a run produces is handed to an C{emit} callable as
 L{wire.Record}s, in order; their C{rec} number is left at 0 for the spool
 to assign. The runner never touches the network or the spool itself, so
@@ -24,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +45,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from barto import wire
@@ -64,6 +74,20 @@ SECRET_PARTS = ("TOKEN", "PASSWORD")
 
 KillGroup = Callable[[int, int], None]
 
+MAX_CONCURRENT_RUNS = 32
+"""
+How many runs execute at once; the runs dispatched beyond that wait in a
+queue, oldest first. Each command is a process and three pipes, and
+Twisted's C{spawnProcess} closes every descriptor the worker holds for
+each spawn, so a burst of hundreds of runs started at once would make
+every spawn slower; a few dozen keep the machine busy without that.
+"""
+
+NOT_STARTED_AT_SHUTDOWN = "the worker shut down before the run started"
+"""
+The reason of the C{cancelled} end of a run still queued at shutdown.
+"""
+
 
 def session_wrapper() -> tuple[str, ...]:
     """
@@ -90,10 +114,24 @@ def is_secret(key: str) -> bool:
     )
 
 
+def base_environment(
+    environ: Mapping[str, str], extra: Mapping[str, str]
+) -> dict[str, str]:
+    """
+    The environment every run's commands share: C{environ} less its
+    secrets, plus C{extra}.
+    """
+    env = {key: value for key, value in environ.items() if not is_secret(key)}
+    env.update(extra)
+    return env
+
+
 def command_environment(
     environ: Mapping[str, str],
     extra: Mapping[str, str],
     dispatch: wire.Dispatch,
+    *,
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """
     The environment a run's commands get.
@@ -102,9 +140,10 @@ def command_environment(
     @param extra: the configured C{env}, added as it is.
     @param dispatch: the run, named in C{BARTO_RUN_ID}, C{BARTO_SCHEDULE}
         and C{BARTO_SCHEDULED_AT}.
+    @param base: L{base_environment} of C{environ} and C{extra}, when the
+        caller has it already (C{environ} and C{extra} are then unused).
     """
-    env = {key: value for key, value in environ.items() if not is_secret(key)}
-    env.update(extra)
+    env = dict(base) if base is not None else base_environment(environ, extra)
     env["BARTO_RUN_ID"] = dispatch.run
     env["BARTO_SCHEDULE"] = dispatch.schedule
     env["BARTO_SCHEDULED_AT"] = dispatch.slot
@@ -251,6 +290,7 @@ class Run:
         wrapper: Sequence[str],
         kill_group: KillGroup,
         guard: GroupGuard | None = None,
+        base_env: Mapping[str, str] | None = None,
     ) -> None:
         """
         @param reactor: spawns the processes; it must also provide
@@ -262,18 +302,24 @@ class Run:
         @param kill_group: signals a process group, like C{os.killpg}.
         @param guard: told each command's process group, to stop it if
             the worker dies.
+        @param base_env: L{base_environment} of C{environ} and the
+            configured C{env}, if the caller keeps it.
         """
         self.dispatch = dispatch
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
         self._settings = settings
-        self._emit = emit
-        self._env = command_environment(environ, settings.env, dispatch)
+        self._sink = emit
+        # Records made in one go (a command's exit and the run's end, or
+        # the next command's start) are handed on together, so that the
+        # spool commits them in one transaction; see L{_collect}.
+        self._batch: list[wire.Record] | None = None
+        self._env = command_environment(environ, settings.env, dispatch, base=base_env)
         self._wrapper = tuple(wrapper)
         self._kill_group = kill_group
         self._guard = guard
         self._output = RunOutput(
-            dispatch.run, self._clock, emit, settings.max_output_bytes
+            dispatch.run, self._clock, self._collect, settings.max_output_bytes
         )
         self._line_cap = min(settings.max_line_bytes, MAX_LINE_CAP)
         self._process: IProcessTransport | None = None
@@ -335,8 +381,11 @@ class Run:
     async def _run(self) -> wire.Finished:
         """
         Run each command, then emit the run's end.
+
+        The timeout counts from here: a run stopped before it started
+        (cancelled while queued) runs nothing and only emits its end.
         """
-        if self.dispatch.timeout is not None:
+        if self.dispatch.timeout is not None and self._stop_state is None:
             self._timeout_call = self._clock.callLater(
                 self.dispatch.timeout, self._expire, self.dispatch.timeout
             )
@@ -344,19 +393,43 @@ class Run:
         last: ExitStatus | None = None
         failure = ""
         try:
-            for index, cmd in enumerate(self.dispatch.cmds):
-                if self._stop_state is not None:
-                    break
-                last = await self._command(index, cmd)
-                if not last.ok and not failure:
-                    failure = last.describe(index)
-                if last.reason and self._stop_state is None:
-                    break
+            try:
+                for index, cmd in enumerate(self.dispatch.cmds):
+                    if self._stop_state is not None:
+                        break
+                    last = await self._command(index, cmd)
+                    if not last.ok and not failure:
+                        failure = last.describe(index)
+                    if last.reason and self._stop_state is None:
+                        break
+            finally:
+                self._cancel_timers()
+                self._output.close()
+            return self._finish(last, failure)
         finally:
-            self._cancel_timers()
-            self._output.close()
+            self._release()
 
-        return self._finish(last, failure)
+    def _collect(self, records: Sequence[wire.Record]) -> None:
+        """
+        Emit records, or keep them for L{_release} while a batch is open.
+
+        A batch opens when a command has ended and is released before
+        the run waits again (for its next command) or has ended, so the
+        records stay in order and none waits longer than the current
+        reactor turn.
+        """
+        if self._batch is not None:
+            self._batch.extend(records)
+        else:
+            self._sink(records)
+
+    def _release(self) -> None:
+        """
+        Emit the records kept since the batch opened, in one call.
+        """
+        batch, self._batch = self._batch, None
+        if batch:
+            self._sink(batch)
 
     def _finish(self, last: ExitStatus | None, failure: str) -> wire.Finished:
         """
@@ -378,7 +451,7 @@ class Run:
             code=last.code if last is not None else None,
             reason=reason,
         )
-        self._emit([finished])
+        self._collect([finished])
         log.info(
             "run {run} of {schedule} finished: {state}",
             run=self.id,
@@ -394,7 +467,7 @@ class Run:
         Run one command and emit its start, output and exit.
         """
         settings = self._settings
-        self._emit(
+        self._collect(
             [
                 wire.Started(
                     rec=0,
@@ -405,6 +478,8 @@ class Run:
             ]
         )
 
+        # The start is handed on (and spooled) before the process exists.
+        self._release()
         problem = start_problem(settings.shell, settings.workdir, self._env)
         if not problem:
             protocol = CommandProtocol(self._output, index, self._line_cap)
@@ -414,12 +489,14 @@ class Run:
                     protocol, argv[0], argv, self._env, path=settings.workdir
                 )
             except OSError as error:
-                problem = f"cannot start: {error}"
+                problem = str(error)
 
         if problem:
             status = self._not_started(index, problem)
         else:
             status = await self._wait(protocol)
+            if self._batch is None:
+                self._batch = []
 
         self._exit(index, status)
         return status
@@ -432,7 +509,7 @@ class Run:
         self._group = self._process.pid
         if self._guard is not None and self._group is not None:
             self._guard.watch(self._group)
-        log.info(
+        log.debug(
             "run {run} of {schedule}: command started as pid {pid}",
             run=self.id,
             schedule=self.dispatch.schedule,
@@ -465,7 +542,7 @@ class Run:
         Emit a command's output so far and its exit record.
         """
         self._output.flush()
-        self._emit(
+        self._collect(
             [
                 wire.Exit(
                     rec=0,
@@ -478,7 +555,11 @@ class Run:
                 )
             ]
         )
-        log.info(
+        # A command that went well is told at debug level; the run's end
+        # is logged anyway, and a burst of short runs pays for each line.
+        level = LogLevel.info if status.reason or not status.ok else LogLevel.debug
+        log.emit(
+            level,
             "run {run} of {schedule}: {outcome}",
             run=self.id,
             schedule=self.dispatch.schedule,
@@ -541,6 +622,7 @@ class Runner:
         wrapper: Sequence[str] | None = None,
         kill_group: KillGroup = os.killpg,
         guard: GroupGuard | None = None,
+        max_concurrent: int = MAX_CONCURRENT_RUNS,
     ) -> None:
         """
         @param reactor: spawns the processes; it must also provide
@@ -554,25 +636,44 @@ class Runner:
         @param kill_group: signals a process group, like C{os.killpg}.
         @param guard: stops the commands' process groups if the worker
             dies (see L{barto.worker.guard}).
+        @param max_concurrent: how many runs execute at once; the others
+            wait in a queue.
+        @raise ValueError: C{max_concurrent} is not positive.
         """
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be positive: {max_concurrent}")
         self.settings = settings
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
         self._emit = emit
         self._environ = os.environ if environ is None else environ
+        # The worker's environment is filtered once, not for every run;
+        # later changes to it are not seen by commands.
+        self._base_env = base_environment(self._environ, settings.env)
         self._wrapper = session_wrapper() if wrapper is None else tuple(wrapper)
         self._kill_group = kill_group
         self._guard = guard
         self._runs: dict[str, Run] = {}
         self._ended: dict[str, Deferred[wire.Finished]] = {}
+        self._queue: OrderedDict[str, Run] = OrderedDict()
+        self._max_concurrent = max_concurrent
+        self._executing = 0
+        self._starting_queued = False
         self._closing = False
 
     @property
     def running(self) -> tuple[str, ...]:
         """
-        The ids of the runs going on, oldest first.
+        The ids of the runs going on, executing or queued, oldest first.
         """
         return tuple(self._runs)
+
+    @property
+    def queued(self) -> tuple[str, ...]:
+        """
+        The ids of the runs waiting for a slot, in the order they start.
+        """
+        return tuple(self._queue)
 
     @property
     def closing(self) -> bool:
@@ -589,7 +690,8 @@ class Runner:
 
     def start(self, dispatch: wire.Dispatch) -> Deferred[wire.Finished]:
         """
-        Start a run.
+        Start a run, or queue it if L{MAX_CONCURRENT_RUNS} (or the
+        runner's C{max_concurrent}) runs are executing.
 
         @return: fires with its L{wire.Finished} once it is over.
         @raise ValueError: the run is going on already, or the runner is
@@ -600,8 +702,6 @@ class Runner:
         if dispatch.run in self._runs:
             raise ValueError(f"run {dispatch.run} is going on already")
 
-        # FIXME: runs are not capped in number; spawnProcess scans every
-        # open descriptor, so a burst of hundreds of runs starts slowly.
         run = Run(
             dispatch,
             reactor=self._reactor,
@@ -611,43 +711,107 @@ class Runner:
             wrapper=self._wrapper,
             kill_group=self._kill_group,
             guard=self._guard,
+            base_env=self._base_env,
         )
+        ended: Deferred[wire.Finished] = Deferred()
         self._runs[run.id] = run
-        log.info(
-            "run {run} of {schedule} for slot {slot} started: {count} commands",
-            run=run.id,
-            schedule=dispatch.schedule,
-            slot=dispatch.slot,
-            count=len(dispatch.cmds),
-        )
-
-        ended = run.start()
         self._ended[run.id] = ended
-
-        def forget(result: wire.Finished | Failure) -> wire.Finished | Failure:
-            self._runs.pop(run.id, None)
-            self._ended.pop(run.id, None)
-            return result
-
-        ended.addBoth(forget)
+        if self._executing < self._max_concurrent:
+            self._execute(run)
+        else:
+            self._queue[run.id] = run
+            log.debug(
+                "run {run} of {schedule} for slot {slot} queued:"
+                " {executing} runs executing, {queued} queued",
+                run=run.id,
+                schedule=dispatch.schedule,
+                slot=dispatch.slot,
+                executing=self._executing,
+                queued=len(self._queue),
+            )
         return ended
 
     def cancel(self, run: str, reason: str) -> bool:
         """
-        Cancel a run going on.
+        Cancel a run going on; a queued run ends C{cancelled} at once,
+        without running anything.
 
-        @return: whether it was going on.
+        @return: whether it was going on (executing or queued).
         """
         found = self._runs.get(run)
         if found is None:
             return False
         found.cancel(reason)
+        if self._queue.pop(run, None) is not None:
+            self._end_unstarted(found)
         return True
+
+    def _execute(self, run: Run) -> None:
+        """
+        Run C{run} in a free slot.
+        """
+        self._executing += 1
+        log.info(
+            "run {run} of {schedule} for slot {slot} started: {count} commands",
+            run=run.id,
+            schedule=run.dispatch.schedule,
+            slot=run.dispatch.slot,
+            count=len(run.dispatch.cmds),
+        )
+        run.start().addBoth(self._ended_run, run, True)
+
+    def _end_unstarted(self, run: Run) -> None:
+        """
+        End a run taken out of the queue and stopped: it emits only its
+        C{finished} record, and takes no slot.
+        """
+        run.start().addBoth(self._ended_run, run, False)
+
+    def _ended_run(
+        self, result: wire.Finished | Failure, run: Run, executed: bool
+    ) -> None:
+        """
+        A run is over: free its slot, start the next queued run, and
+        tell whoever started it.
+        """
+        self._runs.pop(run.id, None)
+        ended = self._ended.pop(run.id)
+        if executed:
+            self._executing -= 1
+            self._start_queued()
+        if isinstance(result, Failure):
+            ended.errback(result)
+        else:
+            ended.callback(result)
+
+    def _start_queued(self) -> None:
+        """
+        Start queued runs, oldest first, while slots are free.
+
+        A run that ends at once (its command cannot start) frees its slot
+        within L{_execute}; the loop, not a recursion, starts the next.
+        """
+        if self._starting_queued:
+            return
+        self._starting_queued = True
+        try:
+            while (
+                self._queue
+                and self._executing < self._max_concurrent
+                and not self._closing
+            ):
+                _, run = self._queue.popitem(last=False)
+                self._execute(run)
+        finally:
+            self._starting_queued = False
 
     def shutdown(self) -> Deferred[None]:
         """
-        Stop taking runs; let those going on finish within the shutdown
+        Stop taking runs; let those executing finish within the shutdown
         grace, then stop them (TERM, then KILL after the kill grace).
+
+        Queued runs do not start: each ends C{cancelled} at once, with
+        the reason L{NOT_STARTED_AT_SHUTDOWN}.
 
         @return: fires once every run has ended and emitted its records.
         """
@@ -656,8 +820,13 @@ class Runner:
 
     async def _shutdown(self) -> None:
         """
-        Wait for the runs, stopping them after the grace.
+        End the queued runs; wait for the others, stopping them after the
+        grace.
         """
+        while self._queue:
+            _, queued = self._queue.popitem(last=False)
+            queued.stop("cancelled", NOT_STARTED_AT_SHUTDOWN)
+            self._end_unstarted(queued)
         if not self._runs:
             return
 

@@ -12,7 +12,12 @@ import pytest
 
 from barto import wire
 from barto.config import RunnerConfig
-from barto.worker.runner import Runner, command_environment, is_secret
+from barto.worker.runner import (
+    NOT_STARTED_AT_SHUTDOWN,
+    Runner,
+    command_environment,
+    is_secret,
+)
 
 WRAPPER = ("/usr/bin/setsid",)
 
@@ -23,6 +28,7 @@ def make_runner(
     emitted: Any,
     kills: Any,
     environ: dict[str, str] | None = None,
+    max_concurrent: int = 32,
 ) -> Runner:
     """
     A runner on the fake reactor, signalling into C{kills}.
@@ -34,7 +40,15 @@ def make_runner(
         environ={"PATH": "/usr/bin:/bin"} if environ is None else environ,
         wrapper=WRAPPER,
         kill_group=kills,
+        max_concurrent=max_concurrent,
     )
+
+
+def run_id(number: int) -> str:
+    """
+    The id of test run C{number}.
+    """
+    return f"00000000-0000-4000-8000-{number:012d}"
 
 
 def kinds(emitted: Any) -> list[tuple[str, int | None]]:
@@ -353,3 +367,174 @@ def test_gone_group_is_not_an_error(
     reactor.spawned[0].exit(None, signal.SIGTERM)
 
     assert ended.result.state == "timed_out"
+
+
+def test_runs_beyond_the_cap_wait_in_order(
+    reactor: Any, settings: RunnerConfig, emitted: Any, kills: Any, make_dispatch: Any
+) -> None:
+    """Past the cap runs are queued, count as going on, and start in order."""
+    runner = make_runner(reactor, settings, emitted, kills, max_concurrent=2)
+    ended = [runner.start(make_dispatch(f"cmd{n}", run=run_id(n))) for n in range(4)]
+
+    assert [p.args[-1] for p in reactor.spawned] == ["cmd0", "cmd1"]
+    assert runner.running == tuple(run_id(n) for n in range(4))
+    assert runner.queued == (run_id(2), run_id(3))
+    assert all(runner.is_running(run_id(n)) for n in range(4))
+    assert [r.run for r in emitted.of(wire.Started)] == [run_id(0), run_id(1)]
+
+    reactor.spawned[1].exit(0)
+    assert ended[1].result.state == "succeeded"
+    assert [p.args[-1] for p in reactor.spawned] == ["cmd0", "cmd1", "cmd2"]
+    assert runner.queued == (run_id(3),)
+
+    reactor.spawned[0].exit(0)
+    reactor.spawned[2].exit(0)
+    reactor.spawned[3].exit(0)
+    assert [d.result.state for d in ended] == ["succeeded"] * 4
+    assert runner.running == ()
+    assert runner.queued == ()
+
+
+def test_cancelled_queued_run_ends_without_starting(
+    reactor: Any, settings: RunnerConfig, emitted: Any, kills: Any, make_dispatch: Any
+) -> None:
+    """A queued run that is cancelled ends at once and never runs."""
+    runner = make_runner(reactor, settings, emitted, kills, max_concurrent=1)
+    first = runner.start(make_dispatch("sleep 100", run=run_id(1)))
+    queued = runner.start(make_dispatch("never", run=run_id(2), timeout=5))
+    last = runner.start(make_dispatch("later", run=run_id(3)))
+
+    assert runner.cancel(run_id(2), "operator said so")
+
+    finished = queued.result
+    assert finished.state == "cancelled"
+    assert finished.reason == "cancelled: operator said so"
+    assert finished.code is None
+    assert [r.TYPE for r in emitted.records if r.run == run_id(2)] == ["finished"]
+    assert runner.running == (run_id(1), run_id(3))
+    assert not runner.cancel(run_id(2), "again")
+
+    reactor.spawned[0].exit(0)
+    assert [p.args[-1] for p in reactor.spawned] == ["sleep 100", "later"]
+    reactor.spawned[1].exit(0)
+    assert first.result.state == "succeeded"
+    assert last.result.state == "succeeded"
+    assert kills.calls == []
+    assert reactor.getDelayedCalls() == []
+
+
+def test_timeout_counts_from_the_start_of_execution(
+    reactor: Any, settings: RunnerConfig, emitted: Any, kills: Any, make_dispatch: Any
+) -> None:
+    """Time spent queued does not count against a run's timeout."""
+    runner = make_runner(reactor, settings, emitted, kills, max_concurrent=1)
+    runner.start(make_dispatch("sleep 100", run=run_id(1)))
+    queued = runner.start(make_dispatch("sleep 100", run=run_id(2), timeout=5))
+
+    reactor.advance(60)
+    assert not queued.called
+    reactor.spawned[0].exit(0)
+    assert len(reactor.spawned) == 2
+
+    reactor.advance(4.9)
+    assert kills.calls == []
+    reactor.advance(0.1)
+    assert kills.calls == [(4001, signal.SIGTERM)]
+    reactor.spawned[1].exit(None, signal.SIGTERM)
+
+    assert queued.result.state == "timed_out"
+    assert queued.result.reason == "timed out after 5 s"
+
+
+def test_shutdown_cancels_queued_runs_at_once(
+    reactor: Any, settings: RunnerConfig, emitted: Any, kills: Any, make_dispatch: Any
+) -> None:
+    """Queued runs end cancelled at shutdown; executing ones get the grace."""
+    runner = make_runner(reactor, settings, emitted, kills, max_concurrent=1)
+    executing = runner.start(make_dispatch("sleep 1", run=run_id(1)))
+    queued = [
+        runner.start(make_dispatch("true", run=run_id(n), timeout=1)) for n in (2, 3)
+    ]
+
+    stopped = runner.shutdown()
+
+    for ended in queued:
+        assert ended.result.state == "cancelled"
+        assert ended.result.reason == NOT_STARTED_AT_SHUTDOWN
+    assert runner.running == (run_id(1),)
+    assert not stopped.called
+
+    reactor.advance(1)
+    reactor.spawned[0].exit(0)
+
+    assert stopped.called
+    assert executing.result.state == "succeeded"
+    assert len(reactor.spawned) == 1
+    assert runner.running == ()
+    finished = {r.run: r.state for r in emitted.of(wire.Finished)}
+    assert finished == {
+        run_id(1): "succeeded",
+        run_id(2): "cancelled",
+        run_id(3): "cancelled",
+    }
+    assert kills.calls == []
+    assert reactor.getDelayedCalls() == []
+
+
+def test_many_queued_runs_that_cannot_start(
+    reactor: Any, settings: RunnerConfig, emitted: Any, kills: Any, make_dispatch: Any
+) -> None:
+    """Thousands of queued runs failing at once do not recurse."""
+    spawn = reactor.spawnProcess
+
+    def failing(
+        protocol: Any, executable: str, args: Any, *rest: Any, **kw: Any
+    ) -> Any:
+        if args[-1] == "fail":
+            raise OSError("no such luck")
+        return spawn(protocol, executable, args, *rest, **kw)
+
+    reactor.spawnProcess = failing
+    runner = make_runner(reactor, settings, emitted, kills, max_concurrent=1)
+    first = runner.start(make_dispatch("sleep 1", run=run_id(0)))
+    ended = [runner.start(make_dispatch("fail", run=run_id(n))) for n in range(1, 3001)]
+
+    reactor.spawned[0].exit(0)
+
+    assert first.result.state == "succeeded"
+    assert {d.result.state for d in ended} == {"failed"}
+    assert {d.result.reason for d in ended} == {"command 0: cannot start: no such luck"}
+    assert runner.running == ()
+
+
+def test_cap_must_be_positive(
+    reactor: Any, settings: RunnerConfig, emitted: Any, kills: Any
+) -> None:
+    """A cap below one is refused."""
+    with pytest.raises(ValueError):
+        make_runner(reactor, settings, emitted, kills, max_concurrent=0)
+
+
+def test_records_made_in_one_go_are_emitted_together(
+    reactor: Any, settings: RunnerConfig, kills: Any, make_dispatch: Any
+) -> None:
+    """
+    A command's start is emitted before it is spawned; its output and
+    exit go out with the next command's start, or with the run's end.
+    """
+    calls: list[list[tuple[str, int | None]]] = []
+
+    def emit(records: Any) -> None:
+        calls.append([(r.TYPE, getattr(r, "cmd", None)) for r in records])
+
+    runner = make_runner(reactor, settings, emit, kills)
+    ended = runner.start(make_dispatch("first", "second"))
+    assert calls == [[("started", 0)]]
+
+    reactor.spawned[0].out(b"one\n")
+    reactor.spawned[0].exit(0)
+    assert calls[1:] == [[("output", 0), ("exit", 0), ("started", 1)]]
+
+    reactor.spawned[1].exit(3)
+    assert calls[2:] == [[("exit", 1), ("finished", None)]]
+    assert ended.result.state == "failed"

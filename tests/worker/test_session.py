@@ -14,6 +14,7 @@ import pytest
 from barto import __version__, wire
 from barto.config import RunnerConfig
 from barto.worker import session as session_module
+from barto.worker.runner import MAX_CONCURRENT_RUNS, NOT_STARTED_AT_SHUTDOWN
 from barto.worker.session import WorkerSession
 from barto.worker.spool import Spool
 
@@ -406,3 +407,36 @@ def test_server_error_is_only_logged(make_session: Any, spool: Spool) -> None:
 
     assert session.welcomed
     assert [f["type"] for f in link.frames] == ["hello"]
+
+
+def test_queued_runs_are_in_hello_and_end_at_shutdown(
+    make_session: Any, spool: Spool, reactor: Any, make_dispatch: Any
+) -> None:
+    """
+    Runs queued past the cap are told in hello as going on, a resent
+    dispatch does not queue them twice, and a shutdown ends them
+    cancelled, so the spool holds no run left open.
+    """
+    session = make_session(spool)
+    connect(session)
+    runs = [f"00000000-0000-4000-8000-{n:012d}" for n in range(MAX_CONCURRENT_RUNS + 3)]
+    for run in runs:
+        session.received(frame(make_dispatch("sleep 100", run=run)))
+    session.received(frame(make_dispatch("sleep 100", run=runs[-1])))
+
+    assert len(reactor.spawned) == MAX_CONCURRENT_RUNS
+    session.detach()
+    link = connect(session)
+    assert link.of("hello")[0]["running"] == runs
+
+    stopped = session.stop()
+    ended = {f["run"]: f for f in link.of("finished")}
+    assert set(ended) == set(runs[MAX_CONCURRENT_RUNS:])
+    assert {f["state"] for f in ended.values()} == {"cancelled"}
+    assert {f["reason"] for f in ended.values()} == {NOT_STARTED_AT_SHUTDOWN}
+    assert not any(f["run"] in ended for f in link.of("started"))
+
+    for process in reactor.spawned:
+        process.exit(0)
+    assert stopped.called
+    assert spool.interrupted_runs() == []
