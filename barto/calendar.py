@@ -22,6 +22,7 @@ import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -275,7 +276,7 @@ def _normalize_chain(chain: Chain, spec: _Field, end_of_month: bool) -> Chain:
             raise CalendarError("")
         elif not end_of_month and start + repeat > high:
             raise CalendarError("")
-    return tuple(sorted(result))
+    return _interned(tuple(sorted(result)))
 
 
 def _full_year(year: int) -> int:
@@ -577,7 +578,7 @@ def _build(
 # Evaluation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CalendarSpec:
     """
     A parsed calendar expression: which local times are elapses, and in
@@ -733,11 +734,46 @@ def _to_usec(moment: datetime) -> int:
     return (moment - _EPOCH) // _ONE_USEC
 
 
+_INTERN_LIMIT = 65_536
+"""The most distinct values each of the caches below keeps."""
+
+_T = TypeVar("_T")
+_INTERNED: dict[object, object] = {}
+_EXPANDED: dict[tuple[Chain, int, int, int], tuple[int, ...]] = {}
+_MONTH_TABLES: dict[
+    tuple[Chain, bool], tuple[tuple[tuple[int, ...], ...], tuple[int | None, ...]]
+] = {}
+
+
+def _interned(value: _T) -> _T:
+    """
+    One shared object for equal immutable values (chains, candidate
+    tuples), so that many schedules with the same fields cost the
+    memory of one; the cache stops growing at L{_INTERN_LIMIT}.
+    """
+    found = _INTERNED.get(value)
+    if found is not None:
+        return found  # type: ignore[return-value]
+    if len(_INTERNED) < _INTERN_LIMIT:
+        _INTERNED[value] = value
+    return value
+
+
 def _expand(chain: Chain, low: int, high: int, step: int) -> tuple[int, ...]:
     """
     Every value of a chain in [low, high], sorted; C{step} is the
-    repeat of the open chain C{*}.
+    repeat of the open chain C{*}.  Equal arguments share one tuple.
     """
+    key = (chain, low, high, step)
+    found = _EXPANDED.get(key)
+    if found is None:
+        found = _interned(_expand_values(chain, low, high, step))
+        if len(_EXPANDED) < _INTERN_LIMIT:
+            _EXPANDED[key] = found
+    return found
+
+
+def _expand_values(chain: Chain, low: int, high: int, step: int) -> tuple[int, ...]:
     if not chain:
         return tuple(range(low, high + 1, step))
     values: set[int] = set()
@@ -770,6 +806,52 @@ def _chain_next(chain: Chain, value: int, limit: int | None) -> int | None:
     return best
 
 
+def _month_chain(day: Chain, end_of_month: bool, length: int) -> Chain:
+    """
+    The day chain in a month of C{length} days, with days counted from
+    the end of the month turned into days of the month.
+    """
+    if not end_of_month:
+        return day
+    mirrored = []
+    for start, stop, repeat in day:
+        if stop >= 0:
+            first, last = length + 1 - stop, length + 1 - start
+            mirrored.append((first, last, repeat))
+        else:
+            mirrored.append((length + 1 - start, -1, repeat))
+    return tuple(mirrored)
+
+
+def _month_tables(
+    day: Chain, end_of_month: bool
+) -> tuple[tuple[tuple[int, ...], ...], tuple[int | None, ...]]:
+    """
+    For months of 28 to 31 days, the candidate days and the first day
+    past the month's end that a repeat produces; shared by equal day
+    fields.
+    """
+    key = (day, end_of_month)
+    found = _MONTH_TABLES.get(key)
+    if found is None:
+        chains = [_month_chain(day, end_of_month, n) for n in (28, 29, 30, 31)]
+        found = _interned(
+            (
+                tuple(
+                    _expand(chain, 1, n, 1)
+                    for chain, n in zip(chains, (28, 29, 30, 31), strict=True)
+                ),
+                tuple(
+                    _chain_next(chain, n + 1, None)
+                    for chain, n in zip(chains, (28, 29, 30, 31), strict=True)
+                ),
+            )
+        )
+        if len(_MONTH_TABLES) < _INTERN_LIMIT:
+            _MONTH_TABLES[key] = found
+    return found
+
+
 class _Tables:
     """
     The sorted candidate values of each field, for the field-by-field
@@ -777,6 +859,21 @@ class _Tables:
     that a repeat produces (systemd carries such a value into the next
     unit in its own way).
     """
+
+    __slots__ = (
+        "_days",
+        "_days_past",
+        "hour_past",
+        "hours",
+        "minute_past",
+        "minutes",
+        "months",
+        "second_past",
+        "seconds",
+        "spec",
+        "weekdays",
+        "years",
+    )
 
     def __init__(self, spec: CalendarSpec) -> None:
         self.spec = spec
@@ -788,31 +885,11 @@ class _Tables:
         self.minute_past = _chain_next(spec.minute, 60, None)
         self.second_past = _chain_next(spec.second, MINUTE_USEC, None)
         self.weekdays = spec.weekdays
-        self._days: dict[int, tuple[int, ...]] = {}
-        self._days_past: dict[int, int | None] = {}
-        for length in (28, 29, 30, 31):
-            chain = self._month_chain(length)
-            self._days[length] = _expand(chain, 1, length, 1)
-            self._days_past[length] = _chain_next(chain, length + 1, None)
+        # Indexed by the month's length minus 28.
+        self._days, self._days_past = _month_tables(spec.day, spec.end_of_month)
         self.seconds: tuple[int, ...] | None = None
         if _chain_size(spec.second, MINUTE_USEC) <= 4096:
             self.seconds = _expand(spec.second, 0, MINUTE_USEC - 1, USEC)
-
-    def _month_chain(self, length: int) -> Chain:
-        """
-        The day chain in a month of C{length} days, with days counted
-        from the end of the month turned into days of the month.
-        """
-        if not self.spec.end_of_month:
-            return self.spec.day
-        mirrored = []
-        for start, stop, repeat in self.spec.day:
-            if stop >= 0:
-                first, last = length + 1 - stop, length + 1 - start
-                mirrored.append((first, last, repeat))
-            else:
-                mirrored.append((length + 1 - start, -1, repeat))
-        return tuple(mirrored)
 
     def first_day(self, year: int, month: int, day: int) -> int | None:
         """
@@ -821,7 +898,7 @@ class _Tables:
         over) or None when there is none.
         """
         length = _days_in_month(year, month)
-        days = self._days[length]
+        days = self._days[length - 28]
         index = bisect_left(days, day)
         if self.weekdays == _ALL_WEEKDAYS:
             if index < len(days):
@@ -831,7 +908,7 @@ class _Tables:
             for candidate in days[index:]:
                 if self.weekdays >> ((first + candidate - 1) % 7) & 1:
                     return candidate
-        return self._days_past[length]
+        return self._days_past[length - 28]
 
     def next_second(self, value: int) -> int | None:
         if self.seconds is None:

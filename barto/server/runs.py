@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 from twisted.internet import defer
@@ -28,11 +29,11 @@ from twisted.python.failure import Failure
 
 from barto import wire
 from barto.config import ScheduleConfig
+from barto.server import store as _store
 from barto.server.store import (
     NewRun,
     RecordResult,
     Store,
-    slot_run_id,
     thdAddRun,
     thdStoreRecord,
     thdUpdateRun,
@@ -88,6 +89,25 @@ def slot_time(slot: int) -> datetime:
     return datetime.fromtimestamp(slot, timezone.utc)
 
 
+@lru_cache(maxsize=16_384)
+def slot_run_id(worker: str, schedule: str, slot: int) -> str:
+    """
+    The run id of a slot, as L{barto.server.store.slot_run_id}; recent
+    ones are kept, since the ledger asks for the same ids many times
+    (a uuid5 each) while a run goes from due to stored.
+    """
+    return _store.slot_run_id(worker, schedule, slot)
+
+
+@lru_cache(maxsize=1024)
+def slot_text(slot: int) -> str:
+    """
+    A slot as ISO 8601 text (C{wire.format_time}); the slots due in one
+    tick share one.
+    """
+    return wire.format_time(slot_time(slot))
+
+
 def now_micros(clock: IReactorTime) -> int:
     """
     The clock's time in unix microseconds.
@@ -104,7 +124,7 @@ def _log_slot(schedule: ScheduleConfig, slot: int, state: str, reason: str) -> N
         run=slot_run_id(schedule.worker, schedule.name, slot),
         worker=schedule.worker,
         schedule=schedule.name,
-        slot=wire.format_time(slot_time(slot)),
+        slot=slot_text(slot),
         state=state,
         why=f" ({reason})" if reason else "",
     )
@@ -522,7 +542,7 @@ class RunLedger:
         message = wire.Dispatch(
             run=run_id,
             schedule=schedule.name,
-            slot=wire.format_time(slot_time(slot)),
+            slot=slot_text(slot),
             cmds=schedule.cmds,
             timeout=schedule.timeout,
         )
@@ -770,7 +790,7 @@ class RunLedger:
             "run": record.run,
             "worker": result.worker,
             "schedule": result.schedule,
-            "slot": wire.format_time(slot_time(result.slot)),
+            "slot": slot_text(result.slot),
         }
         if isinstance(record, wire.Started):
             self._started(record, result, base)
@@ -898,7 +918,7 @@ class RunLedger:
                 "run": run_id,
                 "worker": key[0],
                 "schedule": key[1],
-                "slot": wire.format_time(slot_time(slot)),
+                "slot": slot_text(slot),
                 "state": state,
                 "reason": reason,
                 "code": code,
