@@ -448,12 +448,10 @@ class WorkerSession:
         """
         Send one message, if the connection is still open.
         """
+        # Not logged per frame: at a busy slot that cost a third of the
+        # tick. Received frames are logged at debug; the run ledger logs
+        # each dispatch at info.
         if self.open:
-            log.debug(
-                "frame to {worker}: {type}",
-                worker=self.name,
-                type=message.TYPE,
-            )
             self._send(wire.encode(message))
 
     def close(self, code: int, reason: str) -> None:
