@@ -465,38 +465,7 @@ def thdAddRun(cursor: Cursor, dialect: Dialect, run: NewRun) -> bool:
 
     @return: whether the run is new (a slot is recorded once).
     """
-    cursor.execute(
-        _sql(
-            dialect,
-            f"{_insert_ignore(dialect)} INTO runs (id, worker, schedule,"
-            " slot, `trigger`, state, reason, created_at, dispatched_at,"
-            " output_lines) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-        ),
-        (
-            run.id,
-            run.worker,
-            run.schedule,
-            run.slot,
-            run.trigger,
-            run.state,
-            run.reason,
-            run.at,
-            run.at if run.state == "dispatched" else None,
-        ),
-    )
-    inserted = cursor.rowcount == 1
-    if inserted:
-        cursor.executemany(
-            _sql(
-                dialect,
-                f"{_insert_ignore(dialect)} INTO commands (run_id, idx, cmd,"
-                " reason) VALUES (?, ?, ?, '')",
-            ),
-            [(run.id, index, cmd) for index, cmd in enumerate(run.cmds)],
-        )
-
-    if run.trigger != "manual":
-        thdSetMark(cursor, dialect, run.worker, run.schedule, run.slot)
+    (inserted,) = thdAddRuns(cursor, dialect, [run])
     return inserted
 
 
@@ -507,19 +476,7 @@ def thdSetMark(
     Remember C{slot} as the last one handled for a schedule (never going
     back).
     """
-    if dialect == "sqlite":
-        text = (
-            "INSERT INTO schedule_marks (worker, schedule, last_slot)"
-            " VALUES (?, ?, ?) ON CONFLICT (worker, schedule) DO UPDATE"
-            " SET last_slot = MAX(last_slot, excluded.last_slot)"
-        )
-    else:
-        text = (
-            "INSERT INTO schedule_marks (worker, schedule, last_slot)"
-            " VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE"
-            " last_slot = GREATEST(last_slot, VALUES(last_slot))"
-        )
-    cursor.execute(_sql(dialect, text), (worker, schedule, slot))
+    thdSetMarks(cursor, dialect, {(worker, schedule): slot})
 
 
 def thdUpdateRun(
