@@ -968,6 +968,203 @@ def _thdAddOutputLines(
         )
 
 
+_RUN_FIELDS = ("state", "started_at", "exit_code", "reason", "ended_at")
+"""Columns of a run that records change, as L{_Records} holds them."""
+
+_COMMAND_FIELDS = ("started_at", "ended_at", "exit_code", "signal", "reason")
+"""Columns of a command that records change, as L{_Records} holds them."""
+
+
+class _Records:
+    """
+    The started, exit and finished records of a batch, applied in memory
+    to the rows they touch (read once) and written back together.
+
+    Each record gets the result its own C{UPDATE} would have had:
+    the same conditions, and on MariaDB (whose C{rowcount} counts changed
+    rows, not matched ones) a row set to the values it has is unchanged.
+    """
+
+    def __init__(self, cursor: Cursor, dialect: Dialect, owners: RunOwners) -> None:
+        self.cursor = cursor
+        self.dialect: Dialect = dialect
+        self.owners = owners
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.commands: dict[tuple[str, int], dict[str, Any]] = {}
+        self.loaded: set[str] = set()
+        self.dirty_runs: dict[str, set[str]] = {}
+        self.dirty_commands: dict[tuple[str, int], set[str]] = {}
+
+    def load(self, run_ids: Iterable[str]) -> None:
+        """
+        Read the runs and commands of C{run_ids} not held yet (locking
+        them on MariaDB, as the UPDATEs they stand for would).
+        """
+        wanted = sorted(set(run_ids) - self.loaded)
+        lock = " FOR UPDATE" if self.dialect == "mariadb" else ""
+        for chunk in _chunks(wanted):
+            self.cursor.execute(
+                _sql(
+                    self.dialect,
+                    "SELECT id, worker, schedule, slot, state, started_at,"
+                    f" exit_code, reason, ended_at FROM runs WHERE id IN {_in(chunk)}"
+                    f"{lock}",
+                ),
+                tuple(chunk),
+            )
+            for row in self.cursor.fetchall():
+                self.owners[row[0]] = (row[1], row[2], int(row[3]))
+                self.runs[row[0]] = dict(zip(_RUN_FIELDS, row[4:], strict=True))
+            self.cursor.execute(
+                _sql(
+                    self.dialect,
+                    "SELECT run_id, idx, started_at, ended_at, exit_code, `signal`,"
+                    f" reason FROM commands WHERE run_id IN {_in(chunk)}{lock}",
+                ),
+                tuple(chunk),
+            )
+            for row in self.cursor.fetchall():
+                self.commands[(row[0], int(row[1]))] = dict(
+                    zip(_COMMAND_FIELDS, row[2:], strict=True)
+                )
+        self.loaded.update(wanted)
+
+    def added(self, run: NewRun) -> None:
+        """
+        Hold the rows of a run just inserted.
+        """
+        self.loaded.add(run.id)
+        self.runs[run.id] = {
+            "state": run.state,
+            "started_at": None,
+            "exit_code": None,
+            "reason": run.reason,
+            "ended_at": None,
+        }
+        for index in range(len(run.cmds)):
+            self.commands[(run.id, index)] = dict.fromkeys(_COMMAND_FIELDS)
+            self.commands[(run.id, index)]["reason"] = ""
+
+    def forget(self, run_id: str | None = None) -> None:
+        """
+        Write what is held back, and drop C{run_id} (or everything) so
+        that it is read again: another write is about to change it.
+        """
+        self.flush()
+        if run_id is None:
+            self.runs.clear()
+            self.commands.clear()
+            self.loaded.clear()
+            return
+        self.loaded.discard(run_id)
+        self.runs.pop(run_id, None)
+        for key in [key for key in self.commands if key[0] == run_id]:
+            del self.commands[key]
+
+    def _set(
+        self,
+        row: dict[str, Any] | None,
+        changes: Mapping[str, Any],
+        dirty: set[str],
+    ) -> bool:
+        if row is None:
+            return False
+        differs = [name for name, value in changes.items() if row[name] != value]
+        row.update(changes)
+        dirty.update(differs)
+        return bool(differs) or self.dialect == "sqlite"
+
+    def _run(self, run_id: str, changes: Mapping[str, Any], states: Any) -> bool:
+        row = self.runs.get(run_id)
+        if row is None or row["state"] not in states:
+            return False
+        return self._set(row, changes, self.dirty_runs.setdefault(run_id, set()))
+
+    def _command(self, key: tuple[str, int], column: str, changes: Any) -> bool:
+        row = self.commands.get(key)
+        if row is None or row[column] is not None:
+            return False
+        return self._set(row, changes, self.dirty_commands.setdefault(key, set()))
+
+    def store(self, record: wire.Record) -> _Written:
+        """
+        Apply one record of a run that is held and belongs to its worker.
+        """
+        if isinstance(record, wire.Started):
+            at = micros(record.at)
+            changed = self._command(
+                (record.run, record.cmd), "started_at", {"started_at": at}
+            )
+            moved = self._run(
+                record.run,
+                {"state": "running", "started_at": at},
+                ("pending", "dispatched", "lost"),
+            )
+            return _status(changed), "running" if moved else None, 0
+        if isinstance(record, wire.Exit):
+            changes = {
+                "ended_at": micros(record.at),
+                "exit_code": record.code,
+                "signal": record.signal,
+                "reason": record.reason,
+            }
+            changed = self._command((record.run, record.cmd), "ended_at", changes)
+            return _status(changed), None, 0
+        assert isinstance(record, wire.Finished)
+        moved = self._run(
+            record.run,
+            {
+                "state": record.state,
+                "exit_code": record.code,
+                "reason": record.reason,
+                "ended_at": micros(record.at),
+            },
+            RECORD_OPEN_STATES,
+        )
+        return _status(moved), record.state if moved else None, 0
+
+    def flush(self) -> None:
+        """
+        Write the rows changed so far: one UPDATE per table (and chunk).
+        """
+        runs = [(run_id, self.runs[run_id]) for run_id in sorted(self.dirty_runs)]
+        columns = sorted(set().union(*self.dirty_runs.values()))
+        self._update("runs", "id = ?", runs, columns, lambda key: (key,))
+        commands = [(key, self.commands[key]) for key in sorted(self.dirty_commands)]
+        columns = sorted(set().union(*self.dirty_commands.values()))
+        self._update("commands", "run_id = ? AND idx = ?", commands, columns, tuple)
+        self.dirty_runs.clear()
+        self.dirty_commands.clear()
+
+    def _update(
+        self,
+        table: str,
+        match: str,
+        rows: Sequence[tuple[Any, dict[str, Any]]],
+        columns: Sequence[str],
+        key_args: Callable[[Any], tuple[Any, ...]],
+    ) -> None:
+        if not rows or not columns:
+            return
+        for chunk in _chunks(rows, 100):
+            keys = [key_args(key) for key, _ in chunk]
+            sets: list[str] = []
+            args: list[Any] = []
+            for column in columns:
+                whens = " ".join(f"WHEN {match} THEN ?" for _ in chunk)
+                sets.append(f"`{column}` = CASE {whens} ELSE `{column}` END")
+                for key, (_, row) in zip(keys, chunk, strict=True):
+                    args.extend((*key, row[column]))
+            where = " OR ".join(f"({match})" for _ in chunk)
+            self.cursor.execute(
+                _sql(
+                    self.dialect,
+                    f"UPDATE {table} SET {', '.join(sets)} WHERE {where}",
+                ),
+                (*args, *(value for key in keys for value in key)),
+            )
+
+
 def thdWriteBatch(
     cursor: Cursor,
     dialect: Dialect,
@@ -979,19 +1176,37 @@ def thdWriteBatch(
 
     New runs and output lines are gathered and written together: new runs
     before any later write that names one of them, output (which no other
-    write reads) at the end. Every other write runs in its place.
+    write reads) at the end. Started, exit and finished records are
+    applied to the rows they touch, read once, and written back together
+    (before any other write that may read or change those rows). Every
+    other write runs in its place.
     """
     results: list[Any] = [None] * len(batch)
     runs: dict[int, NewRun] = {}
     outputs: dict[int, tuple[wire.Output, tuple[str, str, int]]] = {}
-    records = {args[1].run for thd, args in batch if thd is thdStoreRecord}
-    owners = thdRunOwners(cursor, dialect, sorted(records))
+    owners: RunOwners = {}
+    held = _Records(cursor, dialect, owners)
+    held.load(
+        {
+            args[1].run
+            for thd, args in batch
+            if thd is thdStoreRecord and not isinstance(args[1], wire.Output)
+        }
+    )
+    outputs_only = {
+        args[1].run
+        for thd, args in batch
+        if thd is thdStoreRecord and isinstance(args[1], wire.Output)
+    }
+    owners.update(thdRunOwners(cursor, dialect, sorted(outputs_only - set(owners))))
 
     def add_runs() -> None:
         for index, new in zip(
             runs, thdAddRuns(cursor, dialect, list(runs.values())), strict=True
         ):
             results[index] = new
+            if new:
+                held.added(runs[index])
         for run in runs.values():
             owners[run.id] = (run.worker, run.schedule, run.slot)
         runs.clear()
@@ -1006,24 +1221,40 @@ def thdWriteBatch(
             worker, record = args
             if runs and new_run(record.run):
                 add_runs()
+            is_output = isinstance(record, wire.Output)
+            if not is_output and record.run not in held.loaded:
+                held.load([record.run])
             owner = owners.get(record.run)
-            if isinstance(record, wire.Output) and owner is not None:
-                if owner[0] == worker:
-                    outputs[index] = (record, owner)
-                else:
-                    results[index] = RecordResult("unknown")
+            if owner is None or owner[0] != worker:
+                results[index] = RecordResult("unknown")
+            elif is_output:
+                outputs[index] = (record, owner)
             else:
-                results[index] = thdStoreRecord(cursor, dialect, worker, record, owners)
-        elif thd is thdUpdateRun or thd is thdSaveWorker or thd is thdSetMark:
-            if runs and thd is thdUpdateRun and new_run(args[0]):
+                status, state, lines = held.store(record)
+                results[index] = RecordResult(
+                    status,
+                    worker=owner[0],
+                    schedule=owner[1],
+                    slot=owner[2],
+                    state=state,
+                    lines=lines,
+                )
+        elif thd is thdSaveWorker or thd is thdSetMark:
+            results[index] = thd(cursor, dialect, *args)
+        elif thd is thdUpdateRun:
+            if runs and new_run(args[0]):
                 add_runs()
+            if args[0] in held.loaded:
+                held.forget(args[0])
             results[index] = thd(cursor, dialect, *args)
         else:
             if runs:
                 add_runs()
+            held.forget()
             results[index] = thd(cursor, dialect, *args)
     if runs:
         add_runs()
+    held.flush()
 
     written = thdStoreOutputs(cursor, dialect, [item[0] for item in outputs.values()])
     for (index, (_, owner)), (status, _, lines) in zip(

@@ -18,6 +18,7 @@ from barto.config import RetentionConfig, ServerConfig
 from barto.server.runs import slot_time
 from barto.server.store import (
     NewRun,
+    RecordResult,
     Store,
     next_cleanup,
     open_direct,
@@ -32,6 +33,7 @@ from barto.server.store import (
     thdSchemaVersion,
     thdStoreRecord,
     thdUpdateRun,
+    thdWriteBatch,
 )
 from barto.server.tap import prepare_store
 
@@ -304,6 +306,143 @@ async def test_batch_results_as_one_by_one(store: Store) -> None:
         assert stored["output_lines"] == len(awkward) + 1
         assert [o["data"] for o in stored["output"]] == [*awkward, "x\ny"]
     assert await store.run_interaction(thdMarks) == {("w1", "job"): SLOT + 2}
+
+
+def _thdTouch(cursor: Any, dialect: Any, run_id: str) -> None:
+    """A write the batch does not know: it reads and changes a run."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    cursor.execute(
+        f"UPDATE runs SET reason = {mark} WHERE id = {mark} AND state = 'running'",
+        ("touched", run_id),
+    )
+
+
+def _snapshot(cursor: Any) -> dict[str, list[tuple[Any, ...]]]:
+    tables = {
+        "runs": "id",
+        "commands": "run_id, idx",
+        "output": "run_id, seq, line",
+        "schedule_marks": "worker, schedule",
+    }
+    found = {}
+    for table, order in tables.items():
+        cursor.execute(f"SELECT * FROM {table} ORDER BY {order}")
+        found[table] = [tuple(row) for row in cursor.fetchall()]
+    return found
+
+
+def test_mixed_records_batched_as_one_by_one(store_config: ServerConfig) -> None:
+    """
+    A batch mixing started, output, exit and finished records of several
+    runs (new, existing, lost, unknown, foreign), with resends, records
+    out of order and other writes between them, leaves the store as
+    applying each write alone does, and gives each the same result.
+    """
+    existing, lost, fresh = new_run(SLOT), new_run(SLOT + 1), new_run(SLOT + 2)
+    missing = new_run(SLOT + 3)
+    setup: list[tuple[Any, ...]] = [
+        (thdAddRun, existing),
+        (thdAddRun, lost),
+        (
+            thdUpdateRun,
+            lost.id,
+            {"state": "lost", "reason": "worker offline"},
+            ("dispatched",),
+        ),
+    ]
+
+    def started(run: NewRun, cmd: int, second: int = 0) -> tuple[Any, ...]:
+        record = wire.Started(rec=0, run=run.id, cmd=cmd, at=at(run.slot + second))
+        return (thdStoreRecord, "w1", record)
+
+    def exited(run: NewRun, cmd: int, code: int = 0, worker: str = "w1") -> Any:
+        record = wire.Exit(
+            rec=0, run=run.id, cmd=cmd, at=at(run.slot + 3), code=code, reason="r"
+        )
+        return (thdStoreRecord, worker, record)
+
+    def finished(run: NewRun, state: str, code: int | None = None) -> Any:
+        record = wire.Finished(
+            rec=0,
+            run=run.id,
+            at=at(run.slot + 4),
+            state=state,
+            code=code,  # type: ignore[arg-type]
+        )
+        return (thdStoreRecord, "w1", record)
+
+    def output(run: NewRun, seq: int, *lines: str) -> tuple[Any, ...]:
+        record = wire.Output(rec=0, run=run.id, seq=seq, cmd=0, at=at(), lines=lines)
+        return (thdStoreRecord, "w1", record)
+
+    writes: list[tuple[Any, ...]] = [
+        exited(existing, 1, 3),
+        started(existing, 0),
+        output(existing, 0, "a", "b"),
+        started(existing, 0, 9),
+        exited(existing, 0, 1),
+        exited(existing, 0, 2),
+        started(existing, 7),
+        exited(existing, 0, 5, worker="w2"),
+        started(lost, 1),
+        finished(lost, "failed", 4),
+        finished(lost, "succeeded"),
+        started(lost, 0),
+        (thdAddRun, fresh),
+        finished(fresh, "cancelled"),
+        started(fresh, 0),
+        output(fresh, 1, "late"),
+        output(fresh, 0, "x"),
+        output(fresh, 1, "late"),
+        exited(fresh, 0),
+        started(missing, 0),
+        finished(missing, "failed"),
+        (thdUpdateRun, existing.id, {"state": "lost", "reason": "x"}, ("running",)),
+        started(existing, 1, 5),
+        (_thdTouch, existing.id),
+        started(existing, 1, 6),
+        exited(existing, 1, 0),
+        finished(existing, "succeeded", 0),
+        finished(existing, "failed", 1),
+        (thdSaveWorker, "w1", {"hostname": "h"}),
+        (thdAddRun, missing),
+        exited(missing, 1, 9),
+        finished(missing, "timed_out"),
+        started(missing, 1),
+        (thdAddRun, fresh),
+        finished(fresh, "failed"),
+    ]
+
+    connection, dialect = open_direct(store_config)
+    cursor = connection.cursor()
+
+    def apply(batched: bool) -> tuple[list[Any], dict[str, Any]]:
+        try:
+            for thd, *args in setup:
+                thd(cursor, dialect, *args)
+            if batched:
+                results = thdWriteBatch(
+                    cursor, dialect, [(thd, tuple(args)) for thd, *args in writes]
+                )
+            else:
+                results = [thd(cursor, dialect, *args) for thd, *args in writes]
+            return results, _snapshot(cursor)
+        finally:
+            connection.rollback()
+
+    try:
+        alone, alone_rows = apply(batched=False)
+        together, together_rows = apply(batched=True)
+    finally:
+        cursor.close()
+        connection.close()
+
+    assert together == alone
+    assert together_rows == alone_rows
+    records = [result for result in alone if isinstance(result, RecordResult)]
+    assert {result.status for result in records} == {"stored", "duplicate", "unknown"}
+    assert {result.state for result in records} >= {"running", "failed", None}
+    assert len(together_rows["runs"]) == 4
 
 
 @pytest_twisted.ensureDeferred
