@@ -326,8 +326,6 @@ def thd_marked_workers(cursor: Any, dialect: str, schedule: str) -> list[str]:
     """
     The workers the server has handled a schedule of this name for.
     """
-    # FIXME: schedule_marks has no index led by schedule; this reads the
-    # whole (small: one row per worker and schedule) table.
     sql = "SELECT worker FROM schedule_marks WHERE schedule = ?"
     sql += " ORDER BY worker LIMIT ?"
     cursor.execute(placeholders(sql, dialect), (schedule, MAX_LIMIT))

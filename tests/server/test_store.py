@@ -148,8 +148,42 @@ def test_migrate_once(store_config: ServerConfig) -> None:
     """Migrating records the version; a second migration applies nothing."""
     connection, dialect = open_direct(store_config)
     try:
-        assert run_direct(connection, thdSchemaVersion, dialect) == 1
+        assert run_direct(connection, thdSchemaVersion, dialect) == 2
         assert run_direct(connection, thdMigrate, dialect, 0) == []
+    finally:
+        connection.close()
+
+
+def _thd_downgrade_to_1(cursor: Any, dialect: str) -> None:
+    on = "" if dialect == "sqlite" else " ON schedule_marks"
+    cursor.execute(f"DROP INDEX schedule_marks_schedule{on}")
+    cursor.execute("DELETE FROM schema_version WHERE version = 2")
+
+
+def _thd_has_marks_index(cursor: Any, dialect: str) -> bool:
+    if dialect == "sqlite":
+        cursor.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'"
+            " AND name = 'schedule_marks_schedule'"
+        )
+    else:
+        cursor.execute(
+            "SHOW INDEX FROM schedule_marks WHERE Key_name = 'schedule_marks_schedule'"
+        )
+    return bool(cursor.fetchall())
+
+
+def test_upgrade_from_version_1(store_config: ServerConfig) -> None:
+    """A store at schema version 1 gets version 2 and its index."""
+    connection, dialect = open_direct(store_config)
+    try:
+        run_direct(connection, _thd_downgrade_to_1, dialect)
+        assert run_direct(connection, _thd_has_marks_index, dialect) is False
+
+        assert run_direct(connection, thdMigrate, dialect, 0) == [2]
+
+        assert run_direct(connection, thdSchemaVersion, dialect) == 2
+        assert run_direct(connection, _thd_has_marks_index, dialect) is True
     finally:
         connection.close()
 

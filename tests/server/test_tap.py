@@ -84,9 +84,8 @@ def test_migrate_only(config_file: str, tmp_path: Path) -> None:
 
     assert caught.value.code == 0
     with sqlite3.connect(tmp_path / "store.sqlite3") as connection:
-        assert connection.execute("SELECT version FROM schema_version").fetchall() == [
-            (1,)
-        ]
+        versions = connection.execute("SELECT version FROM schema_version")
+        assert versions.fetchall() == [(1,), (2,)]
 
 
 def test_store_that_cannot_open_exits_1(
