@@ -78,6 +78,25 @@ def add_worker_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_window_flags(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{--since TIME} and C{--limit N} (default 50) for lists of runs.
+    """
+    parser.add_argument(
+        "--since",
+        type=moment,
+        metavar="TIME",
+        help="only slots from TIME on (ISO 8601, a date, or an age: 2h)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=count(10_000),
+        default=50,
+        metavar="N",
+        help="at most N runs (default 50)",
+    )
+
+
 def positive_seconds(text: str) -> float:
     """
     An argparse type: a number of seconds above zero.

@@ -24,19 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="List the latest runs that failed, timed out or were"
         " lost, newest first, with their last output lines.",
     )
-    parser.add_argument(
-        "--since",
-        type=options.moment,
-        metavar="TIME",
-        help="only slots from TIME on (ISO 8601, a date, or an age: 2h)",
-    )
-    parser.add_argument(
-        "--limit",
-        type=options.count(10_000),
-        default=50,
-        metavar="N",
-        help="at most N runs (default 50)",
-    )
+    options.add_run_window_flags(parser)
     parser.add_argument(
         "--lines",
         type=options.count(100),

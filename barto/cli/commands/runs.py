@@ -37,24 +37,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=STATES,
         help="only runs in this state (repeatable)",
     )
-    parser.add_argument(
-        "--since",
-        type=options.moment,
-        metavar="TIME",
-        help="only slots from TIME on (ISO 8601, a date, or an age: 2h)",
-    )
+    options.add_run_window_flags(parser)
     parser.add_argument(
         "--until",
         type=options.moment,
         metavar="TIME",
         help="only slots before TIME",
-    )
-    parser.add_argument(
-        "--limit",
-        type=options.count(10_000),
-        default=50,
-        metavar="N",
-        help="at most N runs (default 50)",
     )
     options.add_output_flags(parser)
     return parser
