@@ -1267,6 +1267,29 @@ def _check_endpoint(endpoint: EndpointConfig, reader: _Reader) -> None:
         )
 
 
+_Client = TypeVar("_Client", WorkerConfig, CliConfig)
+
+
+def _load_client(
+    program: str,
+    cls: type[_Client],
+    path: str | None,
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, object] | None,
+) -> _Client:
+    """
+    Load the configuration of a program that connects to C{bartos}: the
+    fields of C{cls}, unknown keys warned about, C{[bartos]} checked.
+    """
+    tree, reader, source = _layers(program, cls, path, environ, overrides)
+    values, used = _read_fields(cls, tree, (), reader)
+    _warn_unknown(tree, used, (), reader)
+    warnings = tuple(reader.warnings)
+    config = cls(**values, source=source, warnings=warnings)
+    _check_endpoint(config.bartos, reader)
+    return config
+
+
 def load_server_config(
     path: str | None = None,
     *,
@@ -1320,19 +1343,7 @@ def load_worker_config(
         skipped.
     @raise ConfigError: for anything that cannot be used.
     """
-    tree, reader, source = _layers(
-        "bartoc",
-        WorkerConfig,
-        path,
-        environ,
-        overrides,
-    )
-    values, used = _read_fields(WorkerConfig, tree, (), reader)
-    _warn_unknown(tree, used, (), reader)
-    warnings = tuple(reader.warnings)
-    config = WorkerConfig(**values, source=source, warnings=warnings)
-    _check_endpoint(config.bartos, reader)
-    return config
+    return _load_client("bartoc", WorkerConfig, path, environ, overrides)
 
 
 def load_cli_config(
@@ -1351,16 +1362,4 @@ def load_cli_config(
         are skipped.
     @raise ConfigError: for anything that cannot be used.
     """
-    tree, reader, source = _layers(
-        "barto-cli",
-        CliConfig,
-        path,
-        environ,
-        overrides,
-    )
-    values, used = _read_fields(CliConfig, tree, (), reader)
-    _warn_unknown(tree, used, (), reader)
-    warnings = tuple(reader.warnings)
-    config = CliConfig(**values, source=source, warnings=warnings)
-    _check_endpoint(config.bartos, reader)
-    return config
+    return _load_client("barto-cli", CliConfig, path, environ, overrides)
